@@ -1,0 +1,50 @@
+"""Fixtures of the orchestration tests: the smoke experiment with one epoch, its prepared data, and real runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro_lits.config import ExperimentConfig, load_experiment
+from repro_lits.orchestrate import ExperimentResult, run_experiment
+
+#: Overrides that make the smoke preset's runs as short as possible.
+ONE_EPOCH = ["training.epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def smoke_config() -> ExperimentConfig:
+    return load_experiment("smoke", ONE_EPOCH)
+
+
+@pytest.fixture(scope="session")
+def prepared(smoke_config, tmp_path_factory):
+    """The smoke experiment's synthetic dataset, prepared once per test session."""
+    from repro_lits.data.cache import ensure_dataset
+
+    return ensure_dataset(smoke_config, cache_root=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def local_study(smoke_config, prepared, tmp_path_factory) -> ExperimentResult:
+    """One real run of each setup of the smoke experiment, trained locally with two jobs."""
+    results = tmp_path_factory.mktemp("local-study")
+    return run_experiment(
+        smoke_config, setup="all", runs=1, results_dir=results, cache_dir=prepared.root,
+        dataset_fingerprint=prepared.fingerprint, jobs=2,
+    )
+
+
+def cli_command(results: Path, *options: str) -> list[str]:
+    """Return the command line of ``repro-lits run`` on the one-epoch smoke experiment."""
+    return [
+        sys.executable, "-c", "from repro_lits.cli import app; app()", "run", "--experiment", "smoke",
+        "--set", ONE_EPOCH[0], "--results", str(results), *options,
+    ]
+
+
+def run_cli(results: Path, *options: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command(results, *options), capture_output=True, text=True, timeout=timeout)
