@@ -3,10 +3,10 @@
 Weights: the hash covers the whole state dict, that is every parameter and
 every buffer. For the U-Net the buffers are each BatchNorm3d's
 ``running_mean`` and ``running_var`` (float32) and ``num_batches_tracked``
-(int64). Tensors are taken in sorted name order; for each one the hash reads
-its name, dtype, shape and raw bytes (C order, native byte order), each
-field length-prefixed so that no two different state dicts give the same
-byte stream.
+(int64). Tensors are taken in sorted name order. For each one the hash reads
+its name, dtype, shape and raw bytes (C order, native byte order). Each field
+is prefixed with its length, so two different state dicts never give the
+same byte stream.
 
 Predictions: the hash covers the test-set argmax labels, (X, Y, Z) uint8 per
 case, in sorted case-id order, with each case's id, dtype and shape.

@@ -15,7 +15,7 @@ import torch
 
 from repro_lits.record import CLASS_NAMES
 
-#: How the study's IoU counts a class that is absent from a batch, as stored in every run record.
+#: Rule of the study's IoU for a class absent from a volume, stored in every run record.
 EMPTY_CLASS_RULE = (
     "A class whose union of predicted and true voxels is empty in a test volume is skipped for that volume, "
     "and the class IoU is the mean over the volumes where it was not skipped (null when skipped in all)."
@@ -133,10 +133,11 @@ def summarize_test(volume_counts: dict[str, ClassCounts]) -> dict:
         volume_counts: case id -> counts of that volume's prediction against its labels.
 
     Returns:
-        ``iou`` (the study's: mean per-volume IoU), ``pooled_iou`` and ``dice``
-        (over all test voxels pooled), each per class name plus ``mean``;
-        ``volumes`` (per case, in sorted case order: IoU per class and voxel
-        counts); ``empty_class_rule``.
+        A dict with ``iou`` (the study's IoU, the mean per-volume IoU),
+        ``pooled_iou`` and ``dice`` (both over all test voxels pooled), each
+        per class name plus ``mean``. It also has ``volumes`` (IoU per class
+        and voxel counts of each case, in sorted case order) and
+        ``empty_class_rule``.
     """
     study = StudyIoU()
     pooled = ClassCounts(*(np.zeros(len(CLASS_NAMES), dtype=np.int64) for _ in range(4)))

@@ -5,13 +5,13 @@ or a data loader and before CUDA starts. :func:`apply_setup` returns what it
 applied and which seeds the run got, for the run record. Every setup sets
 the PyTorch intra-op and inter-op CPU thread counts.
 
-- ``random``: no seed is chosen. PyTorch 2.13 draws its initial seed from OS
-  entropy in every process; the setup reads it back with
-  ``torch.initial_seed()``, reseeds the generator with it (so that draws made
-  before the setup do not matter), and derives the Python ``random``, NumPy
-  and data-loader seeds from it. Replaying those recorded seeds repeats the
-  run's random numbers. Non-deterministic algorithms are allowed and cuDNN
-  benchmarking is on.
+- ``random``: no seed is chosen. PyTorch (2.13, the pinned version) draws its
+  initial seed from OS entropy in every process, and the setup reads it back
+  with ``torch.initial_seed()``. It reseeds the generator with that value, so
+  that draws made before the setup do not matter, and derives the Python
+  ``random``, NumPy and data-loader seeds from it. Replaying those recorded
+  seeds repeats the run's random numbers. Non-deterministic algorithms are
+  allowed and cuDNN benchmarking is on.
 - ``seed``: Python ``random``, NumPy, PyTorch CPU and CUDA and the
   data-loader shuffling generator seeded with the run seed, and
   ``PYTHONHASHSEED`` set. Non-deterministic algorithms are still allowed, and
@@ -110,7 +110,7 @@ SETUP_NAMES = tuple(SETUPS)
 
 @dataclass
 class AppliedSetup:
-    """What :func:`apply_setup` did: the seeds, the switches as read back, and the loader generator.
+    """Result of :func:`apply_setup`: the seeds, the switches as read back, and the loader generator.
 
     ``seeds``, ``switches`` and ``threads`` are JSON-ready and go into the run record.
     """

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import repro_lits
 from repro_lits import environment
-from repro_lits.config import config_from_dict
+from repro_lits.config import ExperimentConfig, config_from_dict
+from repro_lits.data.cache import PreparedDataset, load_prepared
 from repro_lits.errors import ConfigError
 from repro_lits.hashing import model_sha256, predictions_sha256, state_dict_sha256
 from repro_lits.loss import FocalLoss
@@ -48,7 +49,7 @@ from repro_lits.setups import SETUP_NAMES, AppliedSetup, apply_setup, run_seed, 
 
 logger = logging.getLogger(__name__)
 
-#: Longest error text stored in a failed run's record.
+#: Maximum length of the error text stored in a failed run's record.
 MAX_ERROR_CHARS = 1000
 
 Progress = Callable[[dict[str, Any]], None]
@@ -58,7 +59,7 @@ Progress = Callable[[dict[str, Any]], None]
 class RunSpec:
     """A validated run spec (see the module docstring for the keys)."""
 
-    config: Any  # ExperimentConfig
+    config: ExperimentConfig
     setup: str
     run_index: int
     cache_dir: Path
@@ -123,7 +124,7 @@ def parse_spec(spec: dict) -> RunSpec:
 class CubeDataset(Dataset):
     """Prepared cubes of some cases: item i is ((1, X, Y, Z) float32 image, (X, Y, Z) int64 labels)."""
 
-    def __init__(self, dataset: Any, cases: tuple[str, ...]) -> None:
+    def __init__(self, dataset: PreparedDataset, cases: tuple[str, ...]) -> None:
         self.dataset = dataset
         self.cases = tuple(cases)
 
@@ -190,6 +191,7 @@ def execute_run(spec: dict, progress: Progress | None = None) -> dict:
 
     record["wall_time_s"] = time.perf_counter() - started
     record["peak_memory_mb"] = _peak_memory_mb()
+    # NOTE: the CUDA branches (device, GPU memory, CUBLAS_WORKSPACE_CONFIG) have only run on CPU-only machines so far.
     if record["device"].startswith("cuda"):
         record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(record["device"]) / 2**20
     record["finished_at"] = _utc_now()
@@ -214,6 +216,7 @@ def _identity(run: RunSpec) -> dict[str, Any]:
         "threads": {"intra_op": run.intra_op_threads, "inter_op": run.inter_op_threads},
         "replay_epochs": run.replay_epochs,
         "dataset_fingerprint": None,
+        "dataset_cases": {},
         "package_version": repro_lits.__version__,
         "git_commit": environment.git_commit(),
         "environment": {},
@@ -234,12 +237,16 @@ def _identity(run: RunSpec) -> dict[str, Any]:
 
 def _train_and_test(run: RunSpec, applied: AppliedSetup, device: torch.device, record: dict,
                     progress: Progress | None) -> dict[str, Any]:
-    """Train, validate, test and save; fill ``record['epochs']`` as epochs finish; return the result keys."""
-    # Imported here so that importing this module does not need the data package.
-    from repro_lits.data.cache import load_prepared
+    """Train, validate, test and save the files; return the record's result keys.
 
+    ``record["epochs"]`` grows as epochs finish, so a failed run keeps the epochs it completed.
+    """
     dataset = load_prepared(run.cache_dir)
     record["dataset_fingerprint"] = dataset.fingerprint
+    # Per-case hashes let a replay on changed data name the cases that differ.
+    record["dataset_cases"] = {
+        case: dataset.case_sha256(case) for case in (*dataset.train_cases, *dataset.test_cases)
+    }
     training, model_config = run.config.training, run.config.model
     train_loader = DataLoader(
         CubeDataset(dataset, dataset.train_cases),

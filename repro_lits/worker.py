@@ -1,6 +1,6 @@
 """Run one training run in a fresh process: ``python -m repro_lits.worker SPEC.json``.
 
-SPEC.json holds a run spec (see :mod:`repro_lits.train`). The worker prints
+SPEC.json contains a run spec (see :mod:`repro_lits.train`). The worker prints
 one JSON object per line on stdout for each event:
 ``{"event": "epoch", "run_id": ..., "epoch": 3, "epochs": 30, "loss": 0.1}``
 and at the end ``{"event": "finished" | "failed", "run_id": ..., "record":
@@ -46,7 +46,7 @@ def read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def wanted_hash_seed(spec: dict[str, Any]) -> str | None:
+def hash_seed_for_spec(spec: dict[str, Any]) -> str | None:
     """Return the PYTHONHASHSEED the spec's run needs, or None where its setup leaves it alone."""
     config = config_from_dict(spec.get("config", {}), origin="run spec")
     return python_hash_seed(spec.get("setup", ""), config.run, int(spec.get("run_index", 0)), spec.get("seeds"))
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     spec_path = Path(args[0])
     try:
         spec = read_spec(spec_path)
-        hash_seed = wanted_hash_seed(spec)
+        hash_seed = hash_seed_for_spec(spec)
     except (UserInputError, TypeError, ValueError) as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USAGE

@@ -25,7 +25,7 @@ def synth_command(
     out: Annotated[Path, typer.Option("--out", help="Folder to write volume-N.nii.gz and segmentation-N.nii.gz into.")],
     cases: Annotated[int, typer.Option("--cases", help="Number of phantoms (at least 2).")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed and count give byte-identical files.")] = 0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every case.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log debug detail for every case.")] = False,
 ) -> None:
     """Write synthetic abdominal CT phantoms as a LiTS-layout NIfTI dataset.
 
@@ -43,7 +43,7 @@ def synth_command(
 @user_errors
 def check_command(
     path: Annotated[Path, typer.Argument(help="Raw dataset folder (LiTS, Decathlon Task03, nnU-Net v2 or study .pt cubes).")],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every case.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log debug detail for every case.")] = False,
 ) -> None:
     """Check every case of a dataset; print one line per problem and exit with status 1 if there is any.
 
@@ -82,7 +82,7 @@ def prepare_command(
     test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Share of cases in the test split, for datasets other than LiTS-131.")] = None,
     split_seed: Annotated[Optional[int], typer.Option("--split-seed", help="Seed of the test split for datasets other than LiTS-131.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Leave out cases with problems and list them, instead of stopping.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every case.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log debug detail for every case.")] = False,
 ) -> None:
     """Check and preprocess a dataset into a cache folder; unchanged cases are not recomputed.
 

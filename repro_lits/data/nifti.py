@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
 import os
 import zlib
 from pathlib import Path
@@ -18,8 +17,6 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from repro_lits.errors import DataError
-
-logger = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -45,8 +42,11 @@ def open_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a NIfTI file (.nii or .nii.gz)")
-    with open(path, "rb") as stream:
-        head = stream.read(4)
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror}); expected a readable NIfTI file") from err
 
     gzipped_name = path.name.endswith(".gz")
     if gzipped_name and head[:2] != GZIP_MAGIC:

@@ -35,7 +35,6 @@ from repro_lits.data.manifest import (
     write_manifest,
 )
 from repro_lits.data.mlf_core import MlfCoreParams, PreparedCase, preprocess_mlf_core
-from repro_lits.data.nifti import voxel_spacing
 from repro_lits.data.spacing import SpacingParams, preprocess_spacing
 from repro_lits.data.split import make_split
 from repro_lits.data.study_pt import load_study_case
@@ -203,9 +202,14 @@ def prepare_dataset(
     for problem in layout.problems:
         logger.warning("ignored: %s", problem)
 
-    with folder_lock(out):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
         (out / "images").mkdir(exist_ok=True)
         (out / "labels").mkdir(exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"{out}: cannot create the cache folder ({err.strerror}); expected a writable path") from err
+
+    with folder_lock(out):
         old = _old_manifest(out)
         same_params = old.get("params") == params_dict and old.get("layout") == layout.kind
         result = PrepareResult(root=out, manifest={})
@@ -300,5 +304,9 @@ def _prepare_one(case, layout, params, params_dict, out, old, same_params, resul
         "warnings": extras["warnings"],
     }
     result.computed.append(case_id)
+    logger.info(
+        "case %s: prepared %s -> %s (liver %d, tumor %d voxels)",
+        case_id, prepared.info["source_shape"], list(prepared.image.shape), counts[1], counts[2],
+    )
     logger.debug("case %s: %s", case_id, prepared.info)
     return entry, stat

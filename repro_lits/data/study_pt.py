@@ -104,7 +104,10 @@ def read_study_array(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a study cube (.pt)")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror}); expected a readable study cube (.pt)") from err
     if zipfile.is_zipfile(io.BytesIO(data)):
         value = _load_zip_object(data, path)
     else:

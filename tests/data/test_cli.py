@@ -14,7 +14,7 @@ def test_synth_then_prepare(tmp_path):
     raw = tmp_path / "raw"
     result = runner.invoke(app, ["synth", "--out", str(raw), "--cases", "3", "--seed", "5"])
     assert result.exit_code == 0, result.output
-    assert f"wrote 3 cases" in result.stdout
+    assert "wrote 3 cases" in result.stdout
     info = json.loads((raw / "synth.json").read_text())
     assert info["seed"] == 5
     assert sorted(info["sha256"]) == sorted(p.name for p in raw.glob("*.nii.gz"))

@@ -229,11 +229,12 @@ def test_prepare_real_ct(tmp_path, params):
         liver = label == 1
         assert liver.sum() > 100
         if params["mode"] == "mlf-core":
-            # Raw HU: liver tissue is soft tissue, the cube also holds air or fat.
+            # Raw HU: the liver is soft tissue, and the cube also contains air or fat.
             assert 0 < float(np.median(image[liver])) < 200
             assert image.min() < -100
         else:
-            assert 0.0 <= image.min() and image.max() <= 1.0
+            assert image.min() >= 0.0
+            assert image.max() <= 1.0
 
 
 def test_changed_cases_detects_edited_array(tmp_path, dataset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +15,7 @@ from repro_lits.data.layouts import CaseFiles, detect_layout
 from repro_lits.data.prepare import prepare_dataset
 from repro_lits.data.validate import check_dataset
 from repro_lits.data.volume import CaseError, load_case
-from repro_lits.errors import DataError
+from repro_lits.errors import DataError, UserInputError
 
 from .conftest import AFFINE, save_nifti, small_case
 
@@ -332,3 +333,19 @@ def test_label_with_two_trailing_singleton_axes_accepted(tmp_path):
     image, label = small_case()
     volume = load_case(write_case(tmp_path, image, label[..., np.newaxis, np.newaxis]))
     np.testing.assert_array_equal(volume.label, label)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read files without read permission")
+def test_unreadable_file_rejected(tmp_path):
+    image, label = small_case()
+    case = write_case(tmp_path, image, label)
+    case.image.chmod(0)
+    (problem,) = problems_of(case)
+    assert problem.startswith(f"{case.image}: cannot read the file")
+
+
+def test_cache_folder_under_a_file_rejected(tmp_path, lits_folder):
+    root = lits_folder({"0": small_case(seed=0), "1": small_case(seed=1)})
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserInputError, match="cannot create the cache folder"):
+        prepare_dataset(root, tmp_path / "file" / "cache", slice_count=8, cube_size=4)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from repro_lits.config import ExperimentConfig, load_experiment
@@ -37,14 +33,3 @@ def local_study(smoke_config, prepared, tmp_path_factory) -> ExperimentResult:
         dataset_fingerprint=prepared.fingerprint, jobs=2,
     )
 
-
-def cli_command(results: Path, *options: str) -> list[str]:
-    """Return the command line of ``repro-lits run`` on the one-epoch smoke experiment."""
-    return [
-        sys.executable, "-c", "from repro_lits.cli import app; app()", "run", "--experiment", "smoke",
-        "--set", ONE_EPOCH[0], "--results", str(results), *options,
-    ]
-
-
-def run_cli(results: Path, *options: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(results, *options), capture_output=True, text=True, timeout=timeout)
