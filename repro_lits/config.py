@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "num_workers": 0,
     },
     "run": {
-        # Seed of the seed and deterministic setups.
+        # Seed of the seed and deterministic setups, 0 to 2**64 - 1 (the range torch.manual_seed accepts).
         "seed": 42,
         # "fixed": every run of an experiment uses `seed` (the study's design);
         # "run-index": run i uses seed + i.
@@ -87,6 +88,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "auto",
     },
 }
+
+#: Seeds must fit torch.manual_seed, which rejects values outside 64 bits; NumPy rejects negative seeds.
+SEED_LIMIT = 2**64
 
 _CHOICES = {
     ("data", "mode"): ("mlf-core", "spacing"),
@@ -266,9 +270,33 @@ def validate(values: dict[str, dict[str, Any]], *, origin: str) -> None:
             f"{origin}: data.cube_size = {values['data']['cube_size']!r}; expected a multiple of 4 "
             "(the U-Net halves the cube twice)"
         )
-    for key in ("validate_every", "num_workers"):
-        if values["training"][key] < 0:
-            raise ConfigError(f"{origin}: training.{key} = {values['training'][key]!r}; expected 0 or more")
+    for section, key in (
+        ("training", "validate_every"), ("training", "num_workers"), ("training", "plateau_patience"),
+        ("training", "focal_gamma"), ("training", "min_lr"),
+    ):
+        if values[section][key] < 0:
+            raise ConfigError(f"{origin}: {section}.{key} = {values[section][key]!r}; expected 0 or more")
+    if not 0.0 < values["training"]["plateau_factor"] < 1.0:
+        raise ConfigError(
+            f"{origin}: training.plateau_factor = {values['training']['plateau_factor']!r}; "
+            "expected a factor between 0 and 1 (ReduceLROnPlateau multiplies the learning rate by it)"
+        )
+    if values["data"]["synthetic_cases"] < 2:
+        raise ConfigError(
+            f"{origin}: data.synthetic_cases = {values['data']['synthetic_cases']!r}; "
+            "expected at least 2 (one training and one test case)"
+        )
+    if not values["data"]["source"].strip():
+        raise ConfigError(f"{origin}: data.source is empty; expected 'synthetic' or a dataset folder")
+    _check_seeds(values, origin)
+
+
+def _check_seeds(values: dict[str, dict[str, Any]], origin: str) -> None:
+    """Check that every seed fits the generators that take it."""
+    for section, key in (("run", "seed"), ("data", "synthetic_seed"), ("data", "split_seed")):
+        seed = values[section][key]
+        if not 0 <= seed < SEED_LIMIT:
+            raise ConfigError(f"{origin}: {section}.{key} = {seed!r}; expected an integer from 0 to 2**64 - 1")
 
 
 def _normalise(value: Any, default: Any) -> Any:
@@ -291,6 +319,8 @@ def _check_type(origin: str, section: str, key: str, value: Any, default: Any) -
         ok = isinstance(value, list) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         )
+        if not ok:
+            raise ConfigError(f"{origin}: {section}.{key} = {value!r}; expected a list of numbers")
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -298,3 +328,6 @@ def _check_type(origin: str, section: str, key: str, value: Any, default: Any) -
             f"{origin}: {section}.{key} = {value!r} has type {type(value).__name__}; "
             f"expected {type(default).__name__}"
         )
+    numbers = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{origin}: {section}.{key} = {value!r}; expected finite numbers, not NaN or infinity")

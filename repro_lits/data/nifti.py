@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from repro_lits.errors import DataError
 
@@ -62,7 +63,7 @@ def open_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
 
     try:
         image = nib.load(path)
-    except (ImageFileError, *READ_ERRORS) as err:
+    except (ImageFileError, HeaderDataError, *READ_ERRORS) as err:
         raise DataError(f"{path}: not a readable NIfTI file ({err}); expected a NIfTI-1 or NIfTI-2 image") from err
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: read as {type(image).__name__}; expected a NIfTI-1 or NIfTI-2 image")
@@ -82,6 +83,8 @@ def volume_shape(image: nib.Nifti1Image, path: Path) -> tuple[int, int, int]:
         raise DataError(
             f"{path}: shape {shape} is not a 3-D volume; expected (X, Y, Z) or (X, Y, Z, 1)"
         )
+    if min(shape) < 1:
+        raise DataError(f"{path}: shape {shape} has an empty axis; expected at least one voxel along every axis")
     return shape  # type: ignore[return-value]
 
 
@@ -97,6 +100,9 @@ def read_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
         DataError: the data is truncated or corrupt, or the shape is not 3-D.
     """
     shape = volume_shape(image, path)
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "iuf":
+        raise DataError(f"{path}: voxel type {dtype}; expected integer or real (float) voxels, one value per voxel")
     proxy = image.dataobj
     try:
         raw = np.asanyarray(proxy.get_unscaled())
@@ -104,6 +110,12 @@ def read_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: cannot read the voxel data ({type(err).__name__}: {err}); "
             "expected a complete file; the file may be truncated, download or copy it again"
+        ) from err
+    except MemoryError as err:
+        size_gib = np.prod(shape, dtype=np.float64) * dtype.itemsize / 2**30
+        raise DataError(
+            f"{path}: header shape {shape} needs {size_gib:.3g} GiB, more memory than is free; "
+            "expected a CT volume; the header may be corrupt"
         ) from err
     raw = raw.reshape(shape)
 

@@ -215,24 +215,35 @@ def prepare_dataset(
         result = PrepareResult(root=out, manifest={})
         cases: dict[str, dict] = {}
         stats: dict[str, dict] = {}
-
-        for case in layout.cases:
-            entry, stat = _prepare_one(case, layout, params, params_dict, out, old, same_params, result, skip_invalid)
-            if entry is not None:
-                cases[case.case_id] = entry
-                stats[case.case_id] = stat
+        # New arrays are written under temporary names and moved into place only once every case
+        # and the split succeeded, so a failed run leaves the existing cache and manifest intact.
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for case in layout.cases:
+                entry, stat = _prepare_one(
+                    case, layout, params, params_dict, out, old, same_params, result, skip_invalid, staged
+                )
+                if entry is not None:
+                    cases[case.case_id] = entry
+                    stats[case.case_id] = stat
+            split = make_split(
+                layout.kind,
+                [c.case_id for c in layout.cases],
+                list(cases),
+                test_fraction=test_fraction,
+                split_seed=split_seed,
+            )
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        for tmp, final in staged:
+            os.replace(tmp, final)
 
         for stale in set(old.get("cases", {})) - set(cases):
             for kind in ("images", "labels"):
                 (out / kind / f"{stale}.npy").unlink(missing_ok=True)
 
-        split = make_split(
-            layout.kind,
-            [c.case_id for c in layout.cases],
-            list(cases),
-            test_fraction=test_fraction,
-            split_seed=split_seed,
-        )
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "layout": layout.kind,
@@ -255,8 +266,11 @@ def prepare_dataset(
     return result
 
 
-def _prepare_one(case, layout, params, params_dict, out, old, same_params, result, skip_invalid):
-    """Reuse or compute one case; return its manifest entry and file stats, or (None, None) when skipped."""
+def _prepare_one(case, layout, params, params_dict, out, old, same_params, result, skip_invalid, staged):
+    """Reuse or compute one case; return its manifest entry and file stats, or (None, None) when skipped.
+
+    A computed case's arrays go to temporary files, appended to ``staged`` as (temporary, final) paths.
+    """
     case_id = case.case_id
     old_entry = old.get("cases", {}).get(case_id)
     stat = {"image": _stat(case.image), "label": _stat(case.label)}
@@ -285,8 +299,17 @@ def _prepare_one(case, layout, params, params_dict, out, old, same_params, resul
         result.skipped[case_id] = [f"case {case_id}: preprocessing failed: {err}"]
         return None, None
 
-    image_sha = save_array(out / "images" / f"{case_id}.npy", prepared.image.astype(np.float32, copy=False))
-    label_sha = save_array(out / "labels" / f"{case_id}.npy", prepared.label.astype(np.uint8, copy=False))
+    arrays = (
+        ("images", prepared.image.astype(np.float32, copy=False)),
+        ("labels", prepared.label.astype(np.uint8, copy=False)),
+    )
+    hashes = []
+    for kind, array in arrays:
+        final = out / kind / f"{case_id}.npy"
+        tmp = final.with_name(f".{final.name}.staged-{os.getpid()}")
+        staged.append((tmp, final))
+        hashes.append(save_array(tmp, array))
+    image_sha, label_sha = hashes
     counts = np.bincount(prepared.label.ravel(), minlength=3)
     for warning in extras["warnings"]:
         logger.warning("%s", warning)

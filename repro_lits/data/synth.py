@@ -397,7 +397,16 @@ def synthesize_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: exists and is not a folder; expected a folder for the dataset")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / SYNTH_INFO_FILE).is_file():
+        # Phantoms are named like LiTS volumes, so writing into a real dataset folder would overwrite scans.
+        raise UserInputError(
+            f"{out}: folder is not empty and has no {SYNTH_INFO_FILE}; expected an empty folder or earlier "
+            "synthetic phantoms; choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"{out}: cannot create the folder ({err.strerror}); expected a writable path") from err
     params = params or PhantomParams()
 
     files: dict[str, str] = {}

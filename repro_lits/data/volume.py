@@ -184,6 +184,14 @@ def load_case(case: CaseFiles) -> CaseVolume:
     (image_nifti, image_shape), (label_nifti, label_shape) = headers["image"], headers["label"]
     image_affine = np.asarray(image_nifti.affine, dtype=np.float64)
     label_affine = np.asarray(label_nifti.affine, dtype=np.float64)
+    for path, affine in ((case.image, image_affine), (case.label, label_affine)):
+        if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            problems.append(
+                f"{path}: affine is not finite or not invertible (voxel spacing {voxel_spacing(affine)} mm); "
+                "expected the scanner's voxel-to-mm transform; fix the header's sform or qform"
+            )
+    if problems:
+        raise CaseError(case.case_id, problems)
     if np.allclose(image_affine, np.eye(4)):
         warnings.append(
             f"{case.image}: identity affine, so every voxel reads as 1 mm; "
