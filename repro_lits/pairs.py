@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def _churn_of_pairs(folders: dict[str, Path], pairs: list[tuple[str, str]]) -> d
     totals = {pair: Churn(0, 0, 0, 0) for pair in usable}
     with ExitStack() as stack:
         archives = {
-            run_id: stack.enter_context(np.load(folders[run_id] / PREDICTIONS_FILE, allow_pickle=False))
+            run_id: stack.enter_context(_open_predictions(folders[run_id] / PREDICTIONS_FILE))
             for run_id in sorted(present)
         }
         reference_id = min(present)
@@ -153,7 +154,8 @@ def _churn_of_pairs(folders: dict[str, Path], pairs: list[tuple[str, str]]) -> d
                     f"{cases} in {reference_id}; expected the same test split in every run of a setup"
                 )
         for case in cases:
-            maps = {run_id: archive[case] for run_id, archive in archives.items()}
+            maps = {run_id: _read_map(archive, case, folders[run_id] / PREDICTIONS_FILE)
+                    for run_id, archive in archives.items()}
             for a, b in usable:
                 if maps[a].shape != maps[b].shape:
                     raise DataError(
@@ -162,6 +164,29 @@ def _churn_of_pairs(folders: dict[str, Path], pairs: list[tuple[str, str]]) -> d
                     )
                 totals[(a, b)] = totals[(a, b)] + prediction_churn(maps[a], maps[b])
     return totals
+
+
+#: Errors of a corrupt .npz: not a zip file, bad member data, or a member that needs pickle.
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _open_predictions(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except NPZ_READ_ERRORS as err:
+        raise DataError(
+            f"{path}: cannot read the predictions ({err}); expected the .npz of label maps that the run wrote; "
+            "rerun the run or remove its folder"
+        ) from err
+
+
+def _read_map(archive, case: str, path: Path) -> np.ndarray:
+    try:
+        return archive[case]
+    except NPZ_READ_ERRORS as err:
+        raise DataError(
+            f"{path}: cannot read the label map of case {case} ({err}); rerun the run or remove its folder"
+        ) from err
 
 
 def _distance_of_pairs(

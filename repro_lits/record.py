@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -110,4 +111,54 @@ def read_record(path: Path | str) -> dict:
         raise UserInputError(
             f"invalid run record {path}: status {record['status']!r}; expected 'finished' or 'failed'"
         )
+    problem = _type_problem(record)
+    if problem:
+        raise UserInputError(f"invalid run record {path}: {problem}; rerun the run to rewrite it")
     return record
+
+
+#: JSON types of the top-level keys that readers index into; ``type(None)`` allows null.
+KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "experiment": (str,), "config_hash": (str,), "config": (dict,), "setup": (str,),
+    "run_index": (int,), "seeds": (dict,), "switches": (dict,), "threads": (dict,), "environment": (dict,),
+    "device": (str,), "error": (str, type(None)), "epochs": (list,), "test": (dict,), "files": (dict,),
+    "dataset_fingerprint": (str,), "dataset_cases": (dict, type(None)),
+}
+
+#: Keys that hold a SHA-256 as 64 lowercase hex digits.
+SHA256_KEYS = ("weights_sha256", "predictions_sha256")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: How a message names each JSON type.
+_JSON_NAMES = {str: "a string", dict: "an object", list: "an array", int: "an integer"}
+
+
+def _type_problem(record: dict) -> str | None:
+    """Describe the first key whose value has the wrong JSON type, or return None.
+
+    A failed run's record may have null for any key, because the run may have stopped before
+    the value was known.
+    """
+    failed = record["status"] != "finished"
+    for key, types in KEY_TYPES.items():
+        if failed and record.get(key) is None:
+            continue
+        if key in record and (not isinstance(record[key], types) or isinstance(record[key], bool)):
+            expected = " or ".join("null" if t is type(None) else _JSON_NAMES[t] for t in types)
+            return f"{key} is {json.dumps(record[key])[:40]}; expected {expected}"
+    if isinstance(record["run_index"], int) and record["run_index"] < 0:
+        return f"run_index is {record['run_index']}; expected 0 or more"
+    for section, value in (record["config"] or {}).items():
+        if not isinstance(value, dict):
+            return f"config.{section} is {json.dumps(value)[:40]}; expected an object"
+    for index, entry in enumerate(record["epochs"] or []):
+        if not isinstance(entry, dict):
+            return f"epochs[{index}] is {json.dumps(entry)[:40]}; expected an object"
+    for key in SHA256_KEYS:
+        if failed and record.get(key) is None:
+            continue
+        if key in record and not (isinstance(record[key], str) and _SHA256.fullmatch(record[key])):
+            return f"{key} is {json.dumps(record[key])[:80]}; expected a SHA-256 as 64 lowercase hex digits"
+    return None
+

@@ -19,6 +19,7 @@ import pandas as pd
 from rich.table import Table as RichTable
 
 from repro_lits import figures
+from repro_lits.errors import UserInputError
 from repro_lits.pairs import RunPair, compare_pairs, pairs_table
 from repro_lits.report_document import render_html, render_markdown
 from repro_lits.report_inputs import ExperimentResults, load_experiment_results, load_published_runs
@@ -168,14 +169,21 @@ def build_report(
     """Analyse one experiment's runs and write its tables, figures, report.md and report.html.
 
     Raises:
-        UserInputError: the results folder is missing or empty, or the experiment is not found.
+        UserInputError: the results folder is missing or empty, the experiment is not found, its
+            runs have several config hashes, or the figures folder or report files cannot be written.
     """
     results = load_experiment_results(Path(results_dir), experiment)
     logger.info("reporting experiment %s from %s", results.name, results.source)
+    figures_dir = Path(figures_dir)
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(
+            f"--figures {figures_dir}: cannot create the folder ({err.strerror}); expected a writable folder path"
+        ) from err
     data = analyse(results, resamples=resamples, seed=seed)
     tables = write_tables(data)
 
-    figures_dir = Path(figures_dir)
     figure_paths = {
         "iou": figures.draw_iou_boxplots(
             results.runs, figures_dir / "iou_boxplots", title=f"Test IoU per setup, experiment {results.name}"
@@ -193,10 +201,16 @@ def build_report(
     blocks = compose_report(data, {name: paths[0] for name, paths in figure_paths.items()})
     markdown_path = results.folder / "report.md"
     html_path = results.folder / "report.html"
-    markdown_path.write_text(render_markdown(blocks, document_dir=results.folder), encoding="utf-8")
-    html_path.write_text(
-        render_html(blocks, title=f"Reproducibility report: {results.name}"), encoding="utf-8"
-    )
+    try:
+        markdown_path.write_text(render_markdown(blocks, document_dir=results.folder), encoding="utf-8")
+        html_path.write_text(
+            render_html(blocks, title=f"Reproducibility report: {results.name}"), encoding="utf-8"
+        )
+    except OSError as err:
+        raise UserInputError(
+            f"{err.filename}: cannot write the report ({err.strerror}); expected a writable file path; "
+            "remove or rename what is there"
+        ) from err
     logger.info("wrote %s and %s", markdown_path, html_path)
     return ReportOutputs(
         data=data, markdown=markdown_path, html=html_path, tables=tables,

@@ -70,8 +70,8 @@ def load_experiment_results(results_dir: Path, experiment: str | None = None) ->
     Without ``experiment`` the folder must contain exactly one experiment.
 
     Raises:
-        UserInputError: the folder is missing or empty, the experiment is not found, or several
-            experiments exist and none was chosen.
+        UserInputError: the folder is missing or empty, the experiment is not found, several
+            experiments exist and none was chosen, or the runs have more than one config hash.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -93,9 +93,9 @@ def load_experiment_results(results_dir: Path, experiment: str | None = None) ->
     folder = results_dir / experiment
     record_paths = _record_paths(folder)
     skipped: list[str] = []
-    if (folder / RUNS_TABLE).is_file():
-        runs = pd.read_parquet(folder / RUNS_TABLE)
-        volumes = pd.read_parquet(folder / VOLUMES_TABLE) if (folder / VOLUMES_TABLE).is_file() else pd.DataFrame()
+    tables = _read_tables(folder) if (folder / RUNS_TABLE).is_file() else None
+    if tables is not None:
+        runs, volumes = tables
         source = f"tables {RUNS_TABLE} and {VOLUMES_TABLE}"
         record_ids = {path.parent.name for path in record_paths}
         if record_ids and set(runs["run_id"]) != record_ids:
@@ -106,14 +106,56 @@ def load_experiment_results(results_dir: Path, experiment: str | None = None) ->
             source = f"{len(runs)} run records ({RUNS_TABLE} is out of date)"
     else:
         runs, volumes, skipped = _tables_from_records(folder, record_paths)
-        source = f"{len(runs)} run records (no {RUNS_TABLE} yet)"
+        state = "unreadable" if (folder / RUNS_TABLE).is_file() else "not written yet"
+        source = f"{len(runs)} run records ({RUNS_TABLE} {state})"
     if volumes.empty:
         volumes = pd.DataFrame(columns=["run_id", "setup", "run_index", "case", *[f"iou_{c}" for c in CLASS_NAMES]])
+    _reject_mixed_configs(folder, runs)
 
     config, environment, rule = _first_record_details(runs)
     return ExperimentResults(
         name=experiment, folder=folder, runs=runs, volumes=volumes, source=source, config=config,
         environment=environment, empty_class_rule=rule, skipped_records=tuple(skipped),
+    )
+
+
+def _read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Read the runs and volumes tables, or return None (logged) when one is unreadable or lacks columns.
+
+    ``run_dir`` is set to the run folder under ``folder``, because the tables store absolute
+    paths that are out of date once the results folder is moved or copied.
+    """
+    try:
+        runs = pd.read_parquet(folder / RUNS_TABLE)
+        volumes = pd.read_parquet(folder / VOLUMES_TABLE) if (folder / VOLUMES_TABLE).is_file() else pd.DataFrame()
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        logger.warning("cannot read the tables in %s (%s); reading the run records instead", folder, err)
+        return None
+    missing = [name for name in results_tables.RUNS_SCHEMA.names if name not in runs.columns]
+    if not volumes.empty:
+        missing += [name for name in results_tables.VOLUMES_SCHEMA.names if name not in volumes.columns]
+    if missing:
+        logger.warning("tables in %s lack columns %s; reading the run records instead", folder, missing[:5])
+        return None
+    runs["run_dir"] = [str((folder / "runs" / Path(run_dir).name).resolve()) for run_dir in runs["run_dir"]]
+    return runs, volumes
+
+
+def _reject_mixed_configs(folder: Path, runs: pd.DataFrame) -> None:
+    """Raise UserInputError when the runs have more than one config hash, so no statistic mixes two configs."""
+    if runs.empty or "config_hash" not in runs.columns:
+        return
+    folders = runs["run_dir"].map(lambda run_dir: Path(run_dir).name) if "run_dir" in runs.columns else runs["run_id"]
+    groups = folders.groupby(runs["config_hash"]).apply(sorted)
+    if len(groups) < 2:
+        return
+    listed = "; ".join(
+        f"{config_hash[:12]}: {', '.join(run_ids[:3])}" + (f" and {len(run_ids) - 3} more" if len(run_ids) > 3 else "")
+        for config_hash, run_ids in groups.items()
+    )
+    raise UserInputError(
+        f"{folder}: runs of {len(groups)} different configs ({listed}); expected one config hash per experiment "
+        "folder; move the runs of the other configs into another results folder"
     )
 
 

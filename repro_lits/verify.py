@@ -391,13 +391,13 @@ def verify_run(target: str, *, results_dir: Path = Path("results"), data_dir: Pa
     record = read_replayable_record(record_path, epochs=epochs)
     config, notes = replay_config(record, data_dir=data_dir, cuda_available=torch.cuda.is_available())
 
+    if output_dir is not None:
+        _check_output_dir(Path(output_dir), record["run_id"])
     dataset = prepare_dataset(config, data_dir=data_dir, cache_root=Path(results_dir) / ".cache")
     check_dataset(record, dataset, cache_root=Path(results_dir) / ".cache")
 
     workspace = Path(tempfile.mkdtemp(prefix="repro-lits-verify-")) if output_dir is None else Path(output_dir)
     run_dir = workspace / record["run_id"]
-    if output_dir is not None and run_dir.exists():
-        raise UserInputError(f"--output {output_dir}: {run_dir} already exists; choose another folder or remove it")
     try:
         spec = replay_spec(record, config, cache_dir=Path(dataset.root).resolve(), run_dir=run_dir,
                            epochs=epochs, threads=threads)
@@ -409,6 +409,22 @@ def verify_run(target: str, *, results_dir: Path = Path("results"), data_dir: Pa
     result.notes[:0] = notes
     result.replay_dir = None if output_dir is None else run_dir
     return result
+
+
+def _check_output_dir(output_dir: Path, run_id: str) -> None:
+    """Reject ``--output`` before any work when it contains the run's folder or lies below a file.
+
+    The folder itself is created only when the replay starts.
+    """
+    run_dir = output_dir / run_id
+    if run_dir.exists():
+        raise UserInputError(f"--output {output_dir}: {run_dir} already exists; choose another folder or remove it")
+    existing = next((path for path in (output_dir, *output_dir.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserInputError(
+            f"--output {output_dir}: cannot create the folder because {existing} is a file; "
+            "expected a writable folder path"
+        )
 
 
 def compare_runs(record: dict, record_path: Path, replayed: dict, replay_dir: Path, *,

@@ -28,14 +28,19 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def user_errors(func: F) -> F:
-    """Turn a UserInputError (or a missing file) into ``error: MESSAGE`` on stderr and exit status 2."""
+    """Turn a UserInputError or an OSError into ``error: MESSAGE`` on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (UserInputError, FileNotFoundError) as err:
+        except UserInputError as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except OSError as err:
+            # A missing, unwritable or misplaced path (or a full disk) is reported as one line.
+            where = f": {err.filename}" if err.filename else ""
+            typer.echo(f"error: {err.strerror or err}{where}; check the path and its permissions", err=True)
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper  # type: ignore[return-value]

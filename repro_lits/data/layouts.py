@@ -172,6 +172,8 @@ def detect_layout(root: Path) -> DatasetLayout:
         DataError: ``root`` is not a folder, or contains none of the known layouts.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file; expected a dataset folder (LiTS, Decathlon, nnU-Net v2 or study .pt)")
     if not root.is_dir():
         raise DataError(f"{root}: folder not found; expected a dataset folder (LiTS, Decathlon, nnU-Net v2 or study .pt)")
     for detect in (_detect_image_folders, _detect_study_pt, _detect_lits):
