@@ -145,6 +145,8 @@ class ClaimStore:
 
     def is_live(self, claim: Claim) -> bool:
         """Tell whether the claim's owner may still be running the run (see the module docstring)."""
+        # NOTE: heartbeats of other hosts are compared with this host's clock, so clocks that
+        # differ by more than stale_after_s make live claims look stale (or dead ones live).
         if claim.host == self.owner.host:
             started = process_start_time(claim.pid)
             if started is None or abs(started - claim.start_time) > 1.0:

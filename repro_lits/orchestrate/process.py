@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from repro_lits.record import RECORD_NAME
+from repro_lits.worker import hash_seed_for_spec
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,11 @@ def run_worker(
     spec_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     log_path = run_dir / LOG_NAME
     env = {**os.environ, **(env_overrides or {})}
+    # The seeded setups need PYTHONHASHSEED when Python starts. Setting it here saves the
+    # worker the restart it would otherwise do to set it itself.
+    hash_seed = hash_seed_for_spec(spec)
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = hash_seed
 
     started = time.monotonic()
     with open(log_path, "ab") as log_stream:
