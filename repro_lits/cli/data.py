@@ -9,7 +9,7 @@ import typer
 
 from repro_lits.cli.common import configure_logging, user_errors
 from repro_lits.config import DEFAULTS, load_experiment
-from repro_lits.data.prepare import prepare_dataset
+from repro_lits.data.prepare import prepare_with_settings
 from repro_lits.data.synth import SYNTH_INFO_FILE, synthesize_dataset
 from repro_lits.data.validate import check_dataset
 
@@ -98,19 +98,7 @@ def prepare_command(
         "spacing_mm": spacing_mm, "hu_window": hu_window, "test_fraction": test_fraction, "split_seed": split_seed,
     }
     data.update({key: value for key, value in options_given.items() if value is not None})
-    result = prepare_dataset(
-        src,
-        out,
-        mode=data["mode"],
-        slice_count=data["slice_count"],
-        downscale=data["downscale"],
-        cube_size=data["cube_size"],
-        spacing_mm=data["spacing_mm"],
-        hu_window=tuple(data["hu_window"]),
-        test_fraction=data["test_fraction"],
-        split_seed=data["split_seed"],
-        skip_invalid=skip_invalid,
-    )
+    result = prepare_with_settings(src, out, data, skip_invalid=skip_invalid)
     for case_id, problems in result.skipped.items():
         for problem in problems:
             typer.echo(f"skipped case {case_id}: {problem}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from repro_lits.data.manifest import canonical_json, read_manifest, sha256_file
-from repro_lits.data.prepare import folder_lock, prepare_dataset, preprocessing_params
+from repro_lits.data.prepare import folder_lock, prepare_with_settings, preprocessing_params
 from repro_lits.data.synth import (
     GENERATOR_VERSION,
     PhantomParams,
@@ -181,16 +181,5 @@ def ensure_dataset(config, *, cache_root: Path) -> PreparedDataset:
     }
     key = hashlib.sha256(canonical_json(key_material)).hexdigest()[:16]
     out = cache_root / "prepared" / key
-    prepare_dataset(
-        src,
-        out,
-        mode=data["mode"],
-        slice_count=data["slice_count"],
-        downscale=data["downscale"],
-        cube_size=data["cube_size"],
-        spacing_mm=data["spacing_mm"],
-        hu_window=tuple(data["hu_window"]),
-        test_fraction=data["test_fraction"],
-        split_seed=data["split_seed"],
-    )
+    prepare_with_settings(src, out, data)
     return load_prepared(out)

@@ -23,6 +23,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -265,6 +266,23 @@ def prepare_dataset(
     )
     return result
 
+
+
+def prepare_with_settings(src: Path, out: Path, data: dict[str, Any], *, skip_invalid: bool = False) -> PrepareResult:
+    """Run :func:`prepare_dataset` with the preprocessing keys of an experiment's ``[data]`` section."""
+    return prepare_dataset(
+        src,
+        out,
+        mode=data["mode"],
+        slice_count=data["slice_count"],
+        downscale=data["downscale"],
+        cube_size=data["cube_size"],
+        spacing_mm=data["spacing_mm"],
+        hu_window=tuple(data["hu_window"]),
+        test_fraction=data["test_fraction"],
+        split_seed=data["split_seed"],
+        skip_invalid=skip_invalid,
+    )
 
 def _prepare_one(case, layout, params, params_dict, out, old, same_params, result, skip_invalid, staged):
     """Reuse or compute one case; return its manifest entry and file stats, or (None, None) when skipped.
