@@ -4,23 +4,20 @@
 # Idempotent: finished runs are skipped, so a second call resumes an interrupted
 # study, or only rebuilds the tables and the report when every run exists.
 # Usage: ./run_all.sh [extra options of `repro-lits run`, e.g. --jobs 2]
-# Environment: RESULTS (default results/), FIGURES (default figures/).
+# Environment: EXPERIMENT (default cpu), RESULTS (default results/), FIGURES (default figures/).
 set -euo pipefail
 
 cd "$(dirname "$0")"
+experiment="${EXPERIMENT:-cpu}"
 results="${RESULTS:-results}"
 figures="${FIGURES:-figures}"
 
 # A failed run makes `repro-lits run` exit with status 1; the report still covers the finished runs.
 status=0
-repro-lits run --setup all --runs 10 --experiment cpu --results "$results" "$@" || status=$?
+repro-lits run --setup all --runs 10 --experiment "$experiment" --results "$results" "$@" || status=$?
 if [ "$status" -ne 0 ] && [ "$status" -ne 1 ]; then
     exit "$status"
 fi
 
-if repro-lits report --help >/dev/null 2>&1; then
-    repro-lits report --results "$results" --experiment cpu --figures "$figures"
-else
-    echo "repro-lits report is not available in this version; skipping the report" >&2
-fi
+repro-lits report --results "$results" --experiment "$experiment" --figures "$figures"
 exit "$status"
