@@ -1,6 +1,6 @@
 """Environment checks: can this machine run the deterministic setup, and how do two run environments differ.
 
-:func:`check_deterministic_setup` answers the first question, partly in this
+:func:`check_deterministic_setup` checks the first, partly in this
 process and partly in a fresh one that applies the ``deterministic`` setup
 and trains a tiny U-Net twice. :func:`environment_differences` lists what
 differs between two run records (device, thread counts, switches, seeds and
@@ -10,12 +10,12 @@ each difference is to explain weights that differ.
 Ranking rule: every difference belongs to one cause in :data:`CAUSES`, and
 the cause has a fixed score for CPU runs and one for CUDA runs (the device
 of the recorded run). Differences are sorted by score, highest first, then
-by key. A cause scores high when it selects, directly, another
-floating-point code path for the kernels that compute the weights: the
-device, the replayed seeds, the PyTorch version, on CPU the intra-op thread
-count (it splits convolution and reduction sums differently) and the SIMD
-instruction set PyTorch dispatches to, on CUDA the GPU model, the CUDA and
-cuDNN versions and the determinism switches. A cause scores low when it
+by key. A cause scores high when it directly selects another floating-point
+code path for the kernels that compute the weights. Such causes are the
+device, the replayed seeds and the PyTorch version. On CPU they also include
+the intra-op thread count, which splits convolution and reduction sums
+differently, and the SIMD instruction set PyTorch dispatches to. On CUDA they
+include the GPU model, the CUDA and cuDNN versions and the determinism switches. A cause scores low when it
 reaches the kernels only indirectly or not at all for that device, such as
 CUDA versions in a CPU run. The scores order causes; they are not
 probabilities.
@@ -236,7 +236,7 @@ def _short(value: Any, limit: int = 120) -> str:
 
 @dataclass(frozen=True)
 class Check:
-    """One answer about this machine: what was checked, whether it passed (None: does not apply) and why."""
+    """Result of one check of this machine: its name, whether it passed (None: does not apply) and why."""
 
     name: str
     ok: bool | None

@@ -4,8 +4,8 @@
 class UserInputError(ValueError):
     """Bad input from the user: a file, a value or an option.
 
-    The message is a single line that names the file or value, says what was
-    expected and, where there is one, what to do. The CLI prints it and exits
+    The message is a single line that names the file or value and states what
+    was expected and, where there is one, what to do. The CLI prints it and exits
     with status 2.
     """
 

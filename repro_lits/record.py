@@ -130,7 +130,7 @@ SHA256_KEYS = ("weights_sha256", "predictions_sha256")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-#: How a message names each JSON type.
+#: Name of each JSON type in error messages.
 _JSON_NAMES = {str: "a string", dict: "an object", list: "an array", int: "an integer"}
 
 

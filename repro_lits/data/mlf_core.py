@@ -17,9 +17,9 @@ slice axis last, and on raw HU (no intensity normalisation). Steps:
    cut out. Where it runs past the volume, image and label are filled with 0.
 
 Difference from the study: the study sliced ``[centre - 64 : centre + 64]``
-directly, so a centre closer than 64 voxels to the low end gave a negative
-start index, which Python reads as counting from the end, and the cube came
-out empty or wrong. Here the part of the cube below index 0 is zero-filled like
+directly. A centre closer than 64 voxels to the low end gave a negative start
+index, which Python reads as counting from the end, so the cube came out
+empty or wrong. Here the part of the cube below index 0 is zero-filled like
 the part past the high end, so the liver stays centred. Cases where this
 happened are marked in the manifest (``padding.low`` > 0).
 

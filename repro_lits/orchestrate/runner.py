@@ -157,7 +157,7 @@ class Orchestrator:
     stale_after_s: float = STALE_AFTER_S
     claims: ClaimStore = field(init=False)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
-    _held: dict[str, Claim] = field(init=False, default_factory=dict)
+    _claimed: dict[str, Claim] = field(init=False, default_factory=dict)
     _lost_tokens: set[str] = field(init=False, default_factory=set)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
@@ -265,7 +265,7 @@ class Orchestrator:
             self._emit(RunEvent("busy", spec.run_id, spec.setup, spec.run_index))
             return RunOutcome(spec.run_id, spec.setup, spec.run_index, "busy")
         with self._lock:
-            self._held[spec.run_id] = claim
+            self._claimed[spec.run_id] = claim
         try:
             finished = self._finished_outcome(spec)
             if finished is not None:
@@ -273,7 +273,7 @@ class Orchestrator:
             return self._execute(spec, claim)
         finally:
             with self._lock:
-                self._held.pop(spec.run_id, None)
+                self._claimed.pop(spec.run_id, None)
             self.claims.release(claim)
 
     def _finished_outcome(self, spec: RunSpec) -> RunOutcome | None:
@@ -388,12 +388,12 @@ class Orchestrator:
             logger.exception("progress callback failed on %s", event)
 
     def _beat(self) -> None:
-        """Refresh the heartbeat of held claims; stop runs whose claim another orchestrator took over."""
+        """Refresh the heartbeat of this orchestrator's claims; stop runs whose claim another orchestrator took over."""
         interval = max(0.5, min(15.0, self.stale_after_s / 4))
         while not self._stop.wait(interval):
             with self._lock:
-                held = list(self._held.values())
-            for claim in self.claims.heartbeat(held):
+                claimed = list(self._claimed.values())
+            for claim in self.claims.heartbeat(claimed):
                 logger.warning("claim of run %s was taken over by another orchestrator; stopping it", claim.run_id)
                 self._lost_tokens.add(claim.token)
 
@@ -438,11 +438,11 @@ def failure_record(
 
 def _describe_exit(result: WorkerResult) -> str:
     if result.returncode < 0:
-        how = f"the worker process was killed by signal {-result.returncode}"
+        cause = f"the worker process was killed by signal {-result.returncode}"
     else:
-        how = f"the worker process exited with status {result.returncode}"
+        cause = f"the worker process exited with status {result.returncode}"
     tail = result.stderr_tail.splitlines()[-1] if result.stderr_tail else "no output on stderr"
-    return f"{how} without writing its record ({tail})"
+    return f"{cause} without writing its record ({tail})"
 
 
 def _outcome_from_record(spec: RunSpec, status: str, record: dict, wall_time_s: float | None = None) -> RunOutcome:
@@ -488,17 +488,17 @@ def summarise(layout: ExperimentLayout, specs: list[RunSpec]) -> list[SetupSumma
     records = published_records(layout)
     summaries = []
     for setup in SETUPS:
-        wanted = [spec for spec in specs if spec.setup == setup]
-        if not wanted:
+        requested_specs = [spec for spec in specs if spec.setup == setup]
+        if not requested_specs:
             continue
-        found = [records[spec.run_id] for spec in wanted if spec.run_id in records]
+        found = [records[spec.run_id] for spec in requested_specs if spec.run_id in records]
         finished = [record for record in found if record["status"] == "finished"]
         summaries.append(SetupSummary(
             setup=setup,
-            requested=len(wanted),
+            requested=len(requested_specs),
             finished=len(finished),
             failed=len(found) - len(finished),
-            missing=len(wanted) - len(found),
+            missing=len(requested_specs) - len(found),
             distinct_weights=len({record["weights_sha256"] for record in finished}),
         ))
     return summaries
